@@ -19,6 +19,9 @@ from .models import check_model_name, pretrained_tags
 
 METRICS_START = "<!-- metrics:start -->"
 METRICS_END = "<!-- metrics:end -->"
+# The card's opening status paragraph (whether the weight exists, which run made it): export rewrites it.
+STATUS_START = "<!-- status:start -->"
+STATUS_END = "<!-- status:end -->"
 
 
 def cards_dir() -> Path:
@@ -45,22 +48,21 @@ def load_card(name: str) -> ModelCard:
     return ModelCard.load(path)
 
 
+def _block(text: str, start_marker: str, end_marker: str) -> str:
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        return ""
+    return text[start + len(start_marker) : end].strip()
+
+
 def card_summary(card: ModelCard) -> str:
-    """The card's first paragraph under its title: what the weight is and whether it exists yet."""
-    paragraphs = [p.strip() for p in card.text.split("\n\n") if p.strip()]
-    for paragraph in paragraphs:
-        if not paragraph.startswith("#"):
-            return " ".join(paragraph.split())
-    return ""
+    """The card's status paragraph: whether the weight exists yet, and which run made it."""
+    return " ".join(_block(card.text, STATUS_START, STATUS_END).split())
 
 
 def card_metrics(card: ModelCard) -> str:
     """The measured-metrics block of a card, without its markers."""
-    text = card.text
-    start, end = text.find(METRICS_START), text.find(METRICS_END)
-    if start < 0 or end < start:
-        return ""
-    return text[start + len(METRICS_START) : end].strip()
+    return _block(card.text, METRICS_START, METRICS_END)
 
 
 def cli_list(args: argparse.Namespace) -> int:

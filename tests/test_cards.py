@@ -5,7 +5,16 @@ import pytest
 import timm
 
 from soundingearth_zoo import cli
-from soundingearth_zoo.cards import METRICS_END, METRICS_START, card_metrics, cards_dir, load_card
+from soundingearth_zoo.cards import (
+    METRICS_END,
+    METRICS_START,
+    STATUS_END,
+    STATUS_START,
+    card_metrics,
+    card_summary,
+    cards_dir,
+    load_card,
+)
 
 PRETRAINED = timm.list_pretrained("soundingearth*")
 
@@ -29,7 +38,9 @@ def test_card_matches_registry(name):
     for section in ("## Training data and its licences", "## Intended use", "## Limitations", "## How to reproduce",
                     "## Reference numbers from the paper (not measured on this weight)", "## Metrics of this weight"):
         assert section in text, section
-    assert text.count(METRICS_START) == 1 and text.count(METRICS_END) == 1
+    for marker in (METRICS_START, METRICS_END, STATUS_START, STATUS_END):
+        assert text.count(marker) == 1, marker
+    assert card_summary(card).startswith("Not trained yet")
     # no weight has been trained on the SoundingEarth archive yet, so no card may claim a measured number
     assert card_metrics(card) == "No run has measured this weight yet."
 
