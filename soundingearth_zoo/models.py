@@ -20,7 +20,8 @@ from timm.models import (
     register_model,
     resolve_pretrained_cfg,
 )
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet, downsample_conv
+from torch import nn
 
 from .errors import InputError
 
@@ -202,3 +203,67 @@ def check_model_name(name: str) -> str:
     if tag and name not in pretrained_tags(base):
         raise InputError(f"unknown tag {tag!r} for {base}; known: {', '.join(pretrained_tags(base))}")
     return name
+
+
+# --- The 32-wide stem of the authors' last code revision (for their converted weights) ---------------------------
+
+#: ``backbone -> registered variant`` whose single 7x7 stem is 32 channels wide (timm's is always 64).
+STEM32_MODELS = {"resnet18": "soundingearth_resnet18_stem32", "resnet50": "soundingearth_resnet50_stem32"}
+
+
+class StemWidthResNet(ResNet):
+    """A timm ``ResNet`` whose single 7x7 stem is ``stem_width`` channels wide.
+
+    timm reads ``stem_width`` only for its deep stems and keeps the plain 7x7 stem at 64 channels; the last revision
+    of the authors' code narrowed it to 32. After timm's construction the stem is rebuilt at that width, and so is the
+    first residual block, whose input narrows (it gains the torchvision-style projection shortcut where input and
+    output widths differ). Everything else is timm's ResNet, so ``stem_width`` round-trips through ``model_args``.
+    """
+
+    def __init__(self, block: type, layers: tuple[int, ...], stem_width: int = 32, **kwargs: Any) -> None:
+        if kwargs.get("stem_type") or kwargs.get("avg_down"):
+            raise ValueError("StemWidthResNet rebuilds the plain 7x7 stem; deep stems and avg_down are not supported")
+        super().__init__(block, layers, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        norm_layer = type(self.bn1)
+        self.conv1 = nn.Conv2d(self.in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False, **dd)
+        self.bn1 = norm_layer(stem_width, **dd)
+        self.feature_info[0]["num_chs"] = stem_width
+
+        first = self.layer1[0]
+        old = first.conv1
+        first.conv1 = nn.Conv2d(
+            stem_width, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups,
+            bias=old.bias is not None, **dd,
+        )
+        out_chs = (first.bn3 if hasattr(first, "bn3") else first.bn2).num_features
+        first.downsample = (
+            downsample_conv(stem_width, out_chs, kernel_size=1, norm_layer=norm_layer, **dd)
+            if stem_width != out_chs
+            else None
+        )
+        for conv in (self.conv1, first.conv1, *(first.downsample or ())[:1]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as timm inits its convs
+
+
+def _stem32_cfg(backbone: str) -> dict[str, Any]:
+    cfg = _cfg(STEM32_MODELS[backbone], "", f"{backbone} with the 32-wide stem of the authors' last code revision.")
+    del cfg["hf_hub_id"]  # an architecture for converted weights; nothing is published under this name
+    return cfg
+
+
+default_cfgs.update(generate_default_cfgs({name: _stem32_cfg(backbone) for backbone, name in STEM32_MODELS.items()}))
+
+
+@register_model
+def soundingearth_resnet18_stem32(pretrained: bool = False, **kwargs: Any) -> StemWidthResNet:
+    """ResNet-18 tower with the authors' 32-wide 7x7 stem (``in_chans=1`` for the audio tower)."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2), num_classes=EMBED_DIM)
+    return build_model_with_cfg(StemWidthResNet, STEM32_MODELS["resnet18"], pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def soundingearth_resnet50_stem32(pretrained: bool = False, **kwargs: Any) -> StemWidthResNet:
+    """ResNet-50 image tower with the authors' 32-wide 7x7 stem."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), num_classes=EMBED_DIM)
+    return build_model_with_cfg(StemWidthResNet, STEM32_MODELS["resnet50"], pretrained, **dict(model_args, **kwargs))
