@@ -29,6 +29,7 @@ import soundfile as sf
 from PIL import Image
 
 from .archive import AUDIO_DIR, IMAGE_DIR, METADATA_COLUMNS, METADATA_FILE, split_of
+from .atomic import atomic_path
 
 __all__ = ["SCENES", "Scene", "cli_make_demo_data", "make_demo_archive", "render_image", "synthesize_audio"]
 
@@ -283,12 +284,10 @@ def make_demo_archive(
     noise_bed = _pink_noise(rng, 1 << (int(1.25 * seconds * 44100)).bit_length())
     for item in items:
         _write_item(root, item, image_size, seconds, seed, noise_bed)
-    tmp = root / f".{METADATA_FILE}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(root / METADATA_FILE) as tmp, open(tmp, "w", newline="") as f:  # last: then it is complete
         writer = csv.DictWriter(f, fieldnames=[*METADATA_COLUMNS, "scene"])
         writer.writeheader()
         writer.writerows(item.row() for item in items)
-    os.replace(tmp, root / METADATA_FILE)  # last: an archive with metadata.csv is complete
     return root
 
 

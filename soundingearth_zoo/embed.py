@@ -11,7 +11,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .audio import FrontendConfig, read_windows
 from .errors import InputError
 from .images import eval_transform, load_image
@@ -141,22 +141,14 @@ def _report_skipped(verb: str, skipped: list[str], total: int) -> None:
 
 def save_embeddings(path: str | os.PathLike, files: Sequence[Path], embeddings: torch.Tensor) -> Path:
     """Write the ``.npz`` next to its destination, then rename it over it: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                keys=np.array([p.stem for p in files], dtype=str),
-                paths=np.array([str(p) for p in files], dtype=str),
-                embeddings=embeddings.numpy().astype(np.float32),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            keys=np.array([p.stem for p in files], dtype=str),
+            paths=np.array([str(p) for p in files], dtype=str),
+            embeddings=embeddings.numpy().astype(np.float32),
+        )
+    return Path(path)
 
 
 def cli_embed(args: argparse.Namespace) -> int:

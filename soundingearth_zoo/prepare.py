@@ -50,6 +50,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.io import decode_jpeg
 
 from .archive import SPLITS, ArchiveItem, read_metadata
+from .atomic import atomic_path
 from .audio import FrontendConfig, LogMel, audio_info, frame_windows, load_audio, random_window, read_window
 from .augment import IMAGE_SIZE, TILE_FRACTION, eval_image_transform, train_image_transform
 from .errors import InputError
@@ -76,21 +77,8 @@ class _Settings:
     shard_size: int
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, flushed and renamed over it when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
@@ -150,7 +138,7 @@ def _write_shard(task: tuple[Path, str, str, list[ArchiveItem], _Settings]) -> t
             return record, False
     cfg = FrontendConfig.from_dict(settings.frontend)
     record = {"name": name, "split": split, "tar": tar_path.name, "planned": planned, "items": [], "skipped": []}
-    with _atomic(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for item in items:
             try:
                 image = _encode_image(item.image, settings.crop_size)

@@ -7,20 +7,18 @@ never leaves half a report. The weight cards take their metrics only from the JS
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = [
-    "atomic_path",
     "card_metrics_section",
     "cli_card_metrics",
     "plot_gallery",
@@ -34,20 +32,6 @@ __all__ = [
 ]
 
 _DIRECTION_TITLES = {"image_to_audio": "image → audio", "audio_to_image": "audio → image"}
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; once the block has written it, rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
