@@ -55,6 +55,15 @@ def _block(text: str, start_marker: str, end_marker: str) -> str:
     return text[start + len(start_marker) : end].strip()
 
 
+def replace_block(text: str, start_marker: str, end_marker: str, body: str, where: str) -> str:
+    """``text`` with what stands between the two markers replaced by ``body``; ``where`` names the card in the
+    error when the markers are missing."""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        raise InputError(f"{where} has no {start_marker} ... {end_marker} block")
+    return f"{text[: start + len(start_marker)]}\n{body.strip()}\n{text[end:]}"
+
+
 def card_summary(card: ModelCard) -> str:
     """The card's status paragraph: whether the weight exists yet, and which run made it."""
     return " ".join(_block(card.text, STATUS_START, STATUS_END).split())

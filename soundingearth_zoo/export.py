@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 from .audio import FRONTEND_CONFIG_KEY, FRONTEND_METADATA_KEY, FrontendConfig
-from .cards import METRICS_END, METRICS_START, STATUS_END, STATUS_START, load_card
+from .cards import METRICS_END, METRICS_START, STATUS_END, STATUS_START, load_card, replace_block
 from .checkpoint import load_checkpoint
 from .errors import InputError
 from .models import AUDIO_MODEL, IMAGE_MODELS, audio_partner, check_model_name
@@ -142,20 +142,14 @@ def measured_metrics(
     return "\n".join(sections)
 
 
-def _replace_block(text: str, name: str, start_marker: str, end_marker: str, body: str) -> str:
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < start:
-        raise InputError(f"the card of {name} has no {start_marker} ... {end_marker} block")
-    return f"{text[: start + len(start_marker)]}\n{body}\n{text[end:]}"
-
-
 def build_card(name: str, measured: str, provenance: str, status: str) -> str:
     """The weight's card from ``weights_cards/`` with its status block replaced by ``status`` (which run made these
     files), the measured metrics block (the card's own block, which says nothing was measured, stays when
     ``measured`` is empty) and the provenance of the exported files."""
-    text = _replace_block(load_card(name).content, name, STATUS_START, STATUS_END, status)
+    where = f"the card of {name}"
+    text = replace_block(load_card(name).content, STATUS_START, STATUS_END, status, where)
     if measured:
-        text = _replace_block(text, name, METRICS_START, METRICS_END, measured)
+        text = replace_block(text, METRICS_START, METRICS_END, measured, where)
     return f"{text.rstrip()}\n\n## Provenance of these files\n\n{provenance}\n"
 
 

@@ -138,15 +138,13 @@ def card_metrics_section(results: dict[str, Any], command: str) -> str:
 
 def update_card_metrics(card_path: str | os.PathLike, json_paths: Sequence[str | os.PathLike], command: str) -> Path:
     """Replace the block between the card's metrics markers by the sections of the given evaluation JSON files."""
-    from .cards import METRICS_END, METRICS_START
+    from .cards import METRICS_END, METRICS_START, replace_block
 
     card_path = Path(card_path)
     if not card_path.is_file():
         raise InputError(f"card not found: {card_path}")
     text = card_path.read_text(encoding="utf-8")
-    start, end = text.find(METRICS_START), text.find(METRICS_END)
-    if start < 0 or end < start:
-        raise InputError(f"{card_path} has no {METRICS_START} ... {METRICS_END} block")
+    replace_block(text, METRICS_START, METRICS_END, "", str(card_path))  # a card without the block: fail early
     sections = []
     for json_path in map(Path, json_paths):
         try:
@@ -156,8 +154,7 @@ def update_card_metrics(card_path: str | os.PathLike, json_paths: Sequence[str |
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{json_path} is not a JSON file ({err})") from None
         sections.append(card_metrics_section(results, command))
-    block = "\n".join(sections)
-    return write_text(card_path, f"{text[:start + len(METRICS_START)]}\n{block}{text[end:]}")
+    return write_text(card_path, replace_block(text, METRICS_START, METRICS_END, "\n".join(sections), str(card_path)))
 
 
 def cli_card_metrics(args: argparse.Namespace) -> int:
