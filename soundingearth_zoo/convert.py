@@ -148,9 +148,10 @@ def convert_original(
         f"{role}: {tower.architecture} with model_args {json.dumps(timm.models.get_model_args(tower.model))}"
         for role, tower in towers.items()
     )
+    digest = sha256_file(checkpoint)
     provenance = (
         f"Converted by `soundingearth-zoo convert-original` from a checkpoint of the authors' released training code, "
-        f"`{Path(checkpoint).name}` (sha256 `{sha256_file(checkpoint)}`); {layouts}. That checkpoint records neither "
+        f"`{Path(checkpoint).name}` (sha256 `{digest}`); {layouts}. That checkpoint records neither "
         f"its objective (the tag `{objective}` was given to the conversion) nor its audio front end (this package's "
         f"default `FrontendConfig` is attached)."
     )
@@ -158,7 +159,7 @@ def convert_original(
         "Converted from the authors' released checkpoint (see the provenance below); the tag and the audio front end "
         "are this conversion's assumptions, not recorded in that checkpoint."
     )
-    return export_towers(towers, out, checkpoint, provenance, status)
+    return export_towers(towers, out, checkpoint, provenance, status, source_sha256=digest)
 
 
 def cli_convert(args: argparse.Namespace) -> int:

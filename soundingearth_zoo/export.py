@@ -175,10 +175,13 @@ def export_towers(
     provenance: str,
     status: str,
     measured: str = "",
+    source_sha256: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``OUT/<model>.<tag>/`` for each tower and ``OUT/export-report.json`` (source and file digests)."""
+    """Write ``OUT/<model>.<tag>/`` for each tower and ``OUT/export-report.json`` (source and file digests).
+    ``source_sha256``: the source's digest when the caller has already read it (checkpoints can be large)."""
     out = Path(out)
-    report: dict[str, Any] = {"source": {"path": str(source), "sha256": sha256_file(source)}, "towers": {}}
+    digest = source_sha256 or sha256_file(source)
+    report: dict[str, Any] = {"source": {"path": str(source), "sha256": digest}, "towers": {}}
     folders = {}
     for role, tower in towers.items():
         folder = out / tower.name
@@ -244,9 +247,10 @@ def export_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     towers = checkpoint_towers(ckpt)
     measured = measured_metrics(ckpt.get("metrics"), results, command)
+    digest = sha256_file(checkpoint)
     provenance = (
         f"Exported by `soundingearth-zoo export` from the training checkpoint `{Path(checkpoint).name}` "
-        f"(sha256 `{sha256_file(checkpoint)}`, epoch {ckpt.get('epoch')}, step {ckpt.get('step')}); "
+        f"(sha256 `{digest}`, epoch {ckpt.get('epoch')}, step {ckpt.get('step')}); "
         f"image tower `{towers['image'].name}` and audio tower `{towers['audio'].name}` of that run."
     )
     status = (
@@ -254,7 +258,7 @@ def export_checkpoint(
         "SoundingEarth weights only if that data is the SoundingEarth archive: towers trained on the generated demo "
         "archive (`soundingearth-zoo make-demo-data`) exist to test the pipeline and are never published."
     )
-    return export_towers(towers, out, checkpoint, provenance, status, measured)
+    return export_towers(towers, out, checkpoint, provenance, status, measured, source_sha256=digest)
 
 
 def print_export(folders: Mapping[str, Path]) -> None:
