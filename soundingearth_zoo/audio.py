@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,6 +54,7 @@ __all__ = [
     "read_random_window",
     "read_window",
     "read_windows",
+    "read_windows_at",
 ]
 
 #: Key of the front-end config (JSON) in the metadata of an audio tower's safetensors file.
@@ -299,6 +301,16 @@ def read_window(
     the file ends first)."""
     with _open(path) as f:
         return _read_window(f, cfg, start_frame, logmel or LogMel(cfg))
+
+
+def read_windows_at(
+    path: str | os.PathLike, cfg: FrontendConfig, starts: Sequence[int], logmel: LogMel | None = None
+) -> torch.Tensor:
+    """``read_window`` at each of ``starts``, ``[W, 1, n_mels, window_frames]``, in order through one open file:
+    libsndfile's MP3 seeks walk the frame headers from the start, so reopening the file per window costs more."""
+    logmel = logmel or LogMel(cfg)
+    with _open(path) as f:
+        return torch.stack([_read_window(f, cfg, start, logmel) for start in starts])
 
 
 def read_random_window(

@@ -51,7 +51,7 @@ from torchvision.io import decode_jpeg
 
 from .archive import SPLITS, ArchiveItem, read_metadata
 from .atomic import atomic_path
-from .audio import FrontendConfig, LogMel, audio_info, frame_windows, load_audio, random_window, read_window
+from .audio import FrontendConfig, LogMel, audio_info, frame_windows, load_audio, random_window, read_windows_at
 from .augment import IMAGE_SIZE, TILE_FRACTION, eval_image_transform, train_image_transform
 from .errors import InputError
 from .images import load_image
@@ -111,9 +111,9 @@ def _spectrogram(path: Path, cfg: FrontendConfig, max_frames: int) -> np.ndarray
     if num_frames <= max(max_frames, chunk):
         spec = logmel(load_audio(path, cfg.sample_rate))[None]
     else:
-        chunk_cfg = dataclasses.replace(cfg, window_frames=chunk)  # read_window reads one "window" of chunk frames
+        chunk_cfg = dataclasses.replace(cfg, window_frames=chunk)  # a "window" here is one chunk of frames
         starts = np.linspace(0, num_frames - chunk, max(max_frames // chunk, 1)).round().astype(int)
-        spec = torch.cat([read_window(path, chunk_cfg, int(s), logmel) for s in starts])
+        spec = read_windows_at(path, chunk_cfg, starts.tolist(), logmel).squeeze(1)
     return np.ascontiguousarray(spec.numpy(), dtype=np.float16)  # C order: a chunk is one byte range
 
 
