@@ -2,8 +2,10 @@
 
 For every image the audio clips are ranked by L2 distance in the embedding space (and the other way round); the
 metrics are the rank of the true partner, Recall@k, the median rank and, given coordinates, how far (haversine km)
-the nearest of the top k retrievals lies from the query's place. The distance matrix is built and ranked in chunks
-of query rows on the embeddings' device, so the whole archive (about 50,000 pairs) fits in memory.
+the nearest of the top k retrievals lies from the query's place. The distance matrix is never held whole, so the
+whole archive (about 50,000 pairs) fits in memory: the ranks of both directions come from one pass over square
+tiles of it (one matrix product per tile, each entry compared along its row and down its column), the top k from
+blocks of query rows, all on the embeddings' device.
 
 Two conventions of the authors' evaluation code are available as options and named in every result:
 ``normalise=True`` divides each image's distances by its mean distance to all audio (the reference code's division of
@@ -38,6 +40,7 @@ __all__ = [
     "gallery_rows",
     "haversine_km",
     "load_embeddings",
+    "nearest_km_of_top_k",
     "pair_embeddings",
     "read_coordinates",
     "retrieval_metrics",
@@ -55,8 +58,13 @@ RANK_CONVENTIONS = {
 }
 EARTH_RADIUS_KM = 6371.0
 TIES = "ties counted against the model: a candidate exactly as close as the true partner ranks ahead of it"
-# Entries of one block of query rows of the distance matrix: 2**22 float32 values (16 MB) stay in cache between the
-# matrix product and the comparison that reads them back (twice as fast on a CPU as 128 MB blocks, measured).
+# Largest side of the square tiles of the distance matrix that the ranks are counted in. On a CPU, 512 ran as fast as
+# any side from 256 to 2,560 (measured) and a tile (1 MB) stays in cache from the matrix product to the two
+# comparisons that read it back; on a GPU, larger tiles mean fewer kernel launches.
+_TILE = 512
+_GPU_TILE = 4096
+# Entries of one block of query rows for the top-k retrievals: 2**22 float32 values (16 MB) stay in cache between
+# the matrix product and the top-k that reads them back (twice as fast on a CPU as 128 MB blocks, measured).
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -78,58 +86,106 @@ def _as_embeddings(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     return x
 
 
-def _score_blocks(queries: torch.Tensor, candidates: torch.Tensor, exact: bool = False,
-                  ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Blocks of query rows of a matrix whose rows order the candidates as their L2 distance to the query does.
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
-    With ``exact`` it is the L2 distance; otherwise ``|c|^2 - 2 q.c``, the squared distance less the row's constant
-    ``|q|^2``: one matrix product, no square root, same order.
+
+def _augmented(queries: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``[q, |q|^2, 1]`` and ``[-2c, 1, |c|^2]``, whose dot product is the squared L2 distance ``|q - c|^2``:
+    one matrix product gives a block of distances, each a function of its two embeddings alone (no per-row or
+    per-column term added afterwards), so the same matrix serves both query directions."""
+    q_sq = queries.square().sum(dim=1, keepdim=True)
+    c_sq = candidates.square().sum(dim=1, keepdim=True)
+    return (torch.cat([queries, q_sq, torch.ones_like(q_sq)], dim=1),
+            torch.cat([-2 * candidates, torch.ones_like(c_sq), c_sq], dim=1))
+
+
+def _distance_tiles(image: torch.Tensor, audio: torch.Tensor) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """Square tiles ``(image rows, audio columns, squared L2 distances)`` covering the whole distance matrix once,
+    the diagonal tiles first, so that both directions know every true partner's distance before any other tile.
+
+    Every tile is one matrix product of the same shape (the embeddings are zero-padded to a whole number of tiles):
+    a BLAS picks its code path by shape, and one path gives a pair of embeddings the same float wherever the pair
+    lies, so exact ties stay ties (one dot product computed by products of two shapes can differ in the last bit).
+    The tile is a view of one reused buffer, valid until the next tile; the caller may overwrite it.
     """
-    candidate_sq = candidates.square().sum(dim=1)
-    rows = max(1, _CHUNK_ELEMENTS // len(candidates))
+    num = len(image)
+    side = _TILE if image.device.type == "cpu" else _GPU_TILE
+    size = _ceil_div(num, _ceil_div(num, side))  # equal tiles as small as that many tiles allow ...
+    size = _ceil_div(size, 8) * 8  # ... with sides a multiple of 8: BLAS kernels ran sides like 1250 at half speed
+    count = _ceil_div(num, size)
+    x, y = (torch.nn.functional.pad(t, (0, 0, 0, count * size - num)) for t in _augmented(image, audio))
+    buffer = x.new_empty(size, size)
+    spans = [slice(i * size, min((i + 1) * size, num)) for i in range(count)]
+    order = [(i, i) for i in range(count)] + [(i, j) for i in range(count) for j in range(count) if i != j]
+    for i, j in order:
+        torch.mm(x[i * size:(i + 1) * size], y[j * size:(j + 1) * size].T, out=buffer)
+        rows, cols = spans[i], spans[j]
+        yield rows, cols, buffer[:rows.stop - rows.start, :cols.stop - cols.start]
+
+
+def _mean_distance_per_image(image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Each image's mean L2 distance to all audio clips (summed in float64: 50,000 terms a row)."""
+    total = torch.zeros(len(image), dtype=torch.float64, device=image.device)
+    for rows, _, dist in _distance_tiles(image, audio):
+        total[rows] += dist.clamp_min_(0).sqrt_().sum(dim=1)
+    return (total / len(audio)).to(image.dtype)
+
+
+@torch.no_grad()
+def true_partner_ranks(image: torch.Tensor, audio: torch.Tensor, image_scale: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based ranks of the true partner (row ``i`` of the other modality) by L2 distance, image to audio and audio
+    to image, ties counted against the model, from one pass over the distance matrix.
+
+    Image ``i``'s rank is the number of audio clips at a squared distance <= its partner's (itself included): a
+    count along row ``i``; audio ``j``'s is the count down column ``j``, of distances divided by each image's
+    ``image_scale`` if given. Every count compares entries with the very float of the partner's entry, so exact ties
+    stay ties. Hits are counted as 0/1 floats (exact: at most a tile side per tile, summed in float64), because
+    summing a bool tensor is four times slower on a CPU than comparing and summing floats (measured).
+    """
+    num = len(image)
+    partner_i2a, partner_a2i = image.new_empty(num), image.new_empty(num)
+    i2a, a2i = (torch.zeros(num, dtype=torch.float64, device=image.device) for _ in range(2))
+    hits = None  # one reused buffer, the size of a whole tile (the first tile is one)
+    for rows, cols, dist in _distance_tiles(image, audio):
+        if hits is None:
+            hits = torch.empty_like(dist)
+        diagonal = rows == cols
+        if diagonal:
+            partner_i2a[rows] = dist.diagonal()
+        i2a[rows] += torch.le(dist, partner_i2a[rows, None], out=hits[:len(dist), :dist.shape[1]]).sum(dim=1)
+        if image_scale is not None:
+            dist = dist.clamp_min_(0).sqrt_().div_(image_scale[rows, None])
+        if diagonal:
+            partner_a2i[cols] = dist.diagonal()
+        a2i[cols] += torch.le(dist, partner_a2i[None, cols], out=dist).sum(dim=0)
+    return i2a.long(), a2i.long()
+
+
+@torch.no_grad()
+def nearest_km_of_top_k(queries: torch.Tensor, candidates: torch.Tensor, coords: torch.Tensor, ks: Sequence[int],
+                        candidate_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, len(ks)]``: for each query, the haversine km from its place to the nearest place among its top k
+    retrievals by L2 distance (divided by ``candidate_scale`` if given), for each k of ``ks``; ``coords`` ([N, 2]
+    latitude, longitude in degrees) are shared by the two members of a pair. Needs whole rows (a top k per query),
+    so it runs over blocks of query rows of ``_CHUNK_ELEMENTS`` entries, apart from the ranks' tiles."""
+    max_k = min(max(ks), len(candidates))
+    columns = torch.tensor([min(k, max_k) - 1 for k in ks], device=queries.device)
+    x, y = _augmented(queries, candidates)
+    nearest_km = torch.empty(len(queries), len(ks), dtype=torch.float64, device=queries.device)
+    rows = min(len(queries), max(1, _CHUNK_ELEMENTS // len(candidates)))
+    buffer = x.new_empty(rows, len(candidates))  # reused: a fresh block each time costs page faults (measured)
     for start in range(0, len(queries), rows):
         block = slice(start, min(start + rows, len(queries)))
-        q = queries[block]
-        scores = torch.addmm(candidate_sq[None, :], q, candidates.T, alpha=-2)
-        if exact:
-            scores = scores.add_(q.square().sum(dim=1, keepdim=True)).clamp_min_(0).sqrt_()
-        yield block, scores
-
-
-def _mean_distance_per_row(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    return torch.cat([dist.mean(dim=1) for _, dist in _score_blocks(queries, candidates, exact=True)])
-
-
-def true_partner_ranks(
-    queries: torch.Tensor, candidates: torch.Tensor, candidate_scale: torch.Tensor | None = None,
-    coords: torch.Tensor | None = None, ks: Sequence[int] = (),
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """1-based rank of candidate ``i`` for query ``i`` by L2 distance (divided by ``candidate_scale`` if given),
-    ties counted against the model.
-
-    The rank is the number of candidates at a distance <= the true partner's (itself included), all compared
-    within one computed row, so exact ties stay ties. With ``coords`` ([N, 2] latitude, longitude in degrees, shared
-    by the two members of a pair) also return, for every query, the haversine km from its place to the nearest
-    place among its top k retrievals, for each k of ``ks`` ([N, len(ks)]).
-    """
-    ranks = torch.empty(len(queries), dtype=torch.long, device=queries.device)
-    nearest_km = None
-    if coords is not None and ks:
-        nearest_km = torch.empty(len(queries), len(ks), dtype=torch.float64, device=queries.device)
-        max_k = min(max(ks), len(candidates))
-        columns = torch.tensor([min(k, max_k) - 1 for k in ks], device=queries.device)
-    for block, scores in _score_blocks(queries, candidates, exact=candidate_scale is not None):
+        dist = torch.mm(x[block], y.T, out=buffer[:block.stop - block.start])
         if candidate_scale is not None:
-            scores = scores.div_(candidate_scale[None, :])
-        rows = torch.arange(block.stop - block.start, device=scores.device)
-        true_scores = scores[rows, rows + block.start]
-        ranks[block] = (scores <= true_scores[:, None]).sum(dim=1, dtype=torch.int32)
-        if nearest_km is not None:
-            top = scores.topk(max_k, dim=1, largest=False, sorted=True).indices
-            here = coords[block]
-            km = haversine_km(here[:, :1], here[:, 1:], coords[top, 0], coords[top, 1])
-            nearest_km[block] = km.cummin(dim=1).values[:, columns]
-    return ranks, nearest_km
+            dist = dist.clamp_min_(0).sqrt_().div_(candidate_scale[None, :])
+        top = dist.topk(max_k, dim=1, largest=False, sorted=True).indices
+        here = coords[block]
+        km = haversine_km(here[:, :1], here[:, 1:], coords[top, 0], coords[top, 1])
+        nearest_km[block] = km.cummin(dim=1).values[:, columns]
+    return nearest_km
 
 
 def _summary(ranks: torch.Tensor, nearest_km: torch.Tensor | None, ks: Sequence[int], strict: bool) -> dict:
@@ -185,11 +241,14 @@ def retrieval_metrics(
 
     # The reference code divides distance_matrix[audio, image] by its column means, each image's mean distance to
     # the audio. An image query's distances all share its scale, so only audio-to-image ranks change.
-    image_scale = _mean_distance_per_row(image_emb, audio_emb).clamp_min(1e-12) if normalise else None
-    directions = {
-        "image_to_audio": true_partner_ranks(image_emb, audio_emb, coords=coords, ks=ks),
-        "audio_to_image": true_partner_ranks(audio_emb, image_emb, image_scale, coords=coords, ks=ks),
-    }
+    image_scale = _mean_distance_per_image(image_emb, audio_emb).clamp_min(1e-12) if normalise else None
+    image_to_audio, audio_to_image = true_partner_ranks(image_emb, audio_emb, image_scale)
+    km_image_to_audio = km_audio_to_image = None
+    if coords is not None:
+        km_image_to_audio = nearest_km_of_top_k(image_emb, audio_emb, coords, ks)
+        km_audio_to_image = nearest_km_of_top_k(audio_emb, image_emb, coords, ks, image_scale)
+    directions = {"image_to_audio": (image_to_audio, km_image_to_audio),
+                  "audio_to_image": (audio_to_image, km_audio_to_image)}
     distance = "L2 distance"
     if normalise:
         distance += " divided by each image's mean distance to all audio clips (the reference code's normalisation)"

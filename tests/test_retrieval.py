@@ -14,6 +14,16 @@ from soundingearth_zoo.errors import InputError
 from soundingearth_zoo.retrieval import haversine_km, retrieval_metrics
 
 
+@pytest.fixture(params=["one tile", "many tiles"])
+def tiling(request, monkeypatch):
+    """Run on the default tiling (one tile at these sizes) and on 16-row tiles, whose last tile is partly padding;
+    the top k then runs over blocks of 7 query rows."""
+    if request.param == "many tiles":
+        monkeypatch.setattr(retrieval, "_TILE", 12)  # 12 rounds up to 16-row tiles
+        monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 7 * 30)
+    return request.param
+
+
 def _grid_embeddings(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Small-integer embeddings: exact squared distances, hence many ties; plus duplicated rows."""
     rng = np.random.default_rng(seed)
@@ -40,7 +50,7 @@ def _brute_force_ranks(queries: np.ndarray, candidates: np.ndarray, scale=None) 
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_ranks_match_brute_force_with_ties_and_duplicates(seed):
+def test_ranks_match_brute_force_with_ties_and_duplicates(seed, tiling):
     image, audio = _grid_embeddings(40, 3, seed)
     results = retrieval_metrics(image, audio, ks=(1, 5, 10))
     expected_i2a = _brute_force_ranks(image, audio)
@@ -67,6 +77,19 @@ def test_ties_rank_true_partner_last_among_equals():
     assert results["image_to_audio"]["recall@6"] == 1.0
 
 
+def test_collapsed_embeddings_rank_last_over_many_tiles(tiling):
+    # A collapsed model: one random (not exactly representable) vector per modality. Every distance is one float
+    # wherever it lies, so every true partner ties with all candidates; a diagonal computed apart from the tiles
+    # (as rowwise dot products) differs in the last bit and breaks this.
+    rng = np.random.default_rng(9)
+    image = np.repeat(rng.normal(size=(1, 128)), 40, axis=0).astype(np.float32)
+    audio = np.repeat(rng.normal(size=(1, 128)), 40, axis=0).astype(np.float32)
+    for normalise in (False, True):
+        results = retrieval_metrics(image, audio, ks=(1,), normalise=normalise)
+        for direction in retrieval.DIRECTIONS:
+            assert results[direction]["ranks"].tolist() == [40] * 40
+
+
 def test_reference_rank_convention_counts_the_top_k_minus_one():
     image, audio = _grid_embeddings(40, 3, 2)
     le = retrieval_metrics(image, audio, ks=(1, 5, 10), rank_convention="le")
@@ -80,7 +103,7 @@ def test_reference_rank_convention_counts_the_top_k_minus_one():
     assert "rank < k" in lt["recall_definition"] and "rank <= k" in le["recall_definition"]
 
 
-def test_normalise_divides_by_each_images_mean_distance():
+def test_normalise_divides_by_each_images_mean_distance(tiling):
     rng = np.random.default_rng(3)
     image, audio = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
     image[:5] *= 4  # images far from everything: their normalisation matters for audio-to-image
@@ -97,13 +120,55 @@ def test_normalise_divides_by_each_images_mean_distance():
     assert results["normalise"] and "mean distance" in results["distance"]
 
 
-def test_chunked_ranking_equals_one_block(monkeypatch):
+def _exact_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Ranks from exact integer squared distances, vectorised: rank = candidates at a distance <= the partner's."""
+    q, c = queries.astype(np.int64), candidates.astype(np.int64)
+    dist = ((q[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
+    return (dist <= dist.diagonal()[:, None]).sum(axis=1)
+
+
+@pytest.mark.parametrize(("n", "tile"), [(150, 12), (150, 64), (161, 40), (9, 1)])
+def test_ranks_over_many_tiles_match_exact_ranks(monkeypatch, n, tile):
+    # Integer embeddings: exact float32 distances, many ties, and duplicated rows whose copies lie in other tiles.
+    rng = np.random.default_rng(n + tile)
+    image, audio = (rng.integers(-2, 3, size=(n, 4)).astype(np.float32) for _ in range(2))
+    image[n // 2:n // 2 + 5], audio[n // 3:n // 3 + 5] = image[:5], audio[:5]
+    image[-1] = audio[-1] = audio[0]
+    monkeypatch.setattr(retrieval, "_TILE", tile)
+    i2a, a2i = retrieval.true_partner_ranks(torch.from_numpy(image), torch.from_numpy(audio))
+    np.testing.assert_array_equal(i2a.numpy(), _exact_ranks(image, audio))
+    np.testing.assert_array_equal(a2i.numpy(), _exact_ranks(audio, image))
+
+
+def test_distance_tiles_cover_the_matrix_once_diagonal_first(monkeypatch):
+    rng = np.random.default_rng(8)
+    image, audio = (torch.from_numpy(rng.integers(-3, 4, size=(45, 5)).astype(np.float32)) for _ in range(2))
+    monkeypatch.setattr(retrieval, "_TILE", 12)
+    seen = torch.zeros(45, 45, dtype=torch.long)
+    tiles = [(rows, cols, dist.clone()) for rows, cols, dist in retrieval._distance_tiles(image, audio)]
+    for rows, cols, dist in tiles:
+        torch.testing.assert_close(dist, torch.cdist(image[rows], audio[cols]) ** 2, rtol=0, atol=1e-4)
+        seen[rows, cols] += 1
+    assert (seen == 1).all()
+    num_diagonal = sum(rows == cols for rows, cols, _ in tiles)
+    assert num_diagonal == 3 and all(rows == cols for rows, cols, _ in tiles[:num_diagonal])
+    # 16-row tiles (12 rounded up to a multiple of 8), the last trimmed to the 13 rows left
+    assert {tuple(dist.shape) for _, _, dist in tiles} == {(16, 16), (16, 13), (13, 16), (13, 13)}
+
+
+def test_many_tiles_equal_one_tile_with_every_option(monkeypatch):
     image, audio = _grid_embeddings(50, 4, 4)
-    whole = retrieval_metrics(image, audio, coords=np.zeros((50, 2)), ks=(1, 10))
-    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 7 * 50)  # 7 query rows per block
-    chunked = retrieval_metrics(image, audio, coords=np.zeros((50, 2)), ks=(1, 10))
-    for direction in retrieval.DIRECTIONS:
-        np.testing.assert_array_equal(chunked[direction]["ranks"], whole[direction]["ranks"])
+    coords = np.random.default_rng(4).uniform(-50, 50, size=(50, 2))
+    options = [{}, {"normalise": True}, {"coords": coords}, {"coords": coords, "normalise": True}]
+    whole = [retrieval_metrics(image, audio, ks=(1, 10), **kw) for kw in options]
+    monkeypatch.setattr(retrieval, "_TILE", 7)  # 8-row tiles, the last of 2 rows
+    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 7 * 50)  # top k over blocks of 7 query rows
+    for kw, expected in zip(options, whole):
+        got = retrieval_metrics(image, audio, ks=(1, 10), **kw)
+        for direction in retrieval.DIRECTIONS:
+            np.testing.assert_array_equal(got[direction]["ranks"], expected[direction]["ranks"])
+            if "coords" in kw:
+                assert got[direction]["nearest_km@10"] == pytest.approx(expected[direction]["nearest_km@10"])
 
 
 @pytest.mark.parametrize(
@@ -121,7 +186,7 @@ def test_haversine_known_distances(a, b, km):
     assert got.item() == pytest.approx(km, abs=0.5)
 
 
-def test_geographic_distance_to_nearest_of_top_k():
+def test_geographic_distance_to_nearest_of_top_k(tiling):
     rng = np.random.default_rng(5)
     n = 30
     image, audio = rng.normal(size=(n, 6)), rng.normal(size=(n, 6))
