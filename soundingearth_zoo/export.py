@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 from .audio import FRONTEND_CONFIG_KEY, FRONTEND_METADATA_KEY, FrontendConfig
+from .augment import IMAGE_SIZE
 from .cards import METRICS_END, METRICS_START, STATUS_END, STATUS_START, load_card, replace_block
 from .checkpoint import load_checkpoint
 from .errors import InputError
@@ -70,12 +71,15 @@ class Tower:
 
     ``name`` (``model.tag``) names the folder, the card and the registry ``pretrained_cfg``; ``architecture`` is the
     timm model that ``config.json`` names, which with the model's recorded ``model_args`` rebuilds ``model``.
+    ``image_size``: the side the run trained the image tower at, when it is not the registry's (the demo's 64 px),
+    so that timm's data config built from the export resizes to it.
     """
 
     name: str
     model: torch.nn.Module
     architecture: str
     frontend: FrontendConfig | None = None
+    image_size: int | None = None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -156,6 +160,8 @@ def build_card(name: str, measured: str, provenance: str, status: str) -> str:
 def write_tower(tower: Tower, folder: Path, card: str) -> dict[str, str]:
     """Write one tower's files into an existing empty ``folder``; returns ``{file name: sha256}``."""
     pretrained_cfg = {k: v for k, v in timm.models.get_pretrained_cfg(tower.name).to_dict().items() if v is not None}
+    if tower.image_size is not None:
+        pretrained_cfg["input_size"] = (pretrained_cfg["input_size"][0], tower.image_size, tower.image_size)
     model_config: dict[str, Any] = {"pretrained_cfg": {**pretrained_cfg, "architecture": tower.architecture}}
     if tower.frontend is not None:
         model_config[FRONTEND_CONFIG_KEY] = tower.frontend.to_dict()
@@ -232,7 +238,12 @@ def checkpoint_towers(ckpt: Mapping[str, Any]) -> dict[str, Tower]:
         model = timm.create_model(name)  # the registry's pretrained_cfg for this tag, then the run's weights
         load_weights(model, _entry(ckpt, f"{role}_state_dict"), f"checkpoint {role}_state_dict")
         architecture = PLAIN_ARCHITECTURES[name.partition(".")[0]]
-        towers[role] = Tower(name, model.eval(), architecture, frontend if role == "audio" else None)
+        if role == "image":
+            size = config.get("image_size")
+            default = model.pretrained_cfg["input_size"][-1]
+            towers[role] = Tower(name, model.eval(), architecture, image_size=size if size != default else None)
+        else:
+            towers[role] = Tower(name, model.eval(), architecture, frontend)
     return towers
 
 
@@ -253,6 +264,10 @@ def export_checkpoint(
         f"(sha256 `{digest}`, epoch {ckpt.get('epoch')}, step {ckpt.get('step')}); "
         f"image tower `{towers['image'].name}` and audio tower `{towers['audio'].name}` of that run."
     )
+    if towers["image"].image_size is not None:
+        size = towers["image"].image_size
+        provenance += (f" The image tower was trained on {size}x{size} px inputs, not the {IMAGE_SIZE} px the Model "
+                       f"section describes; `config.json` gives its input size as {size} px.")
     status = (
         f"Exported from a training run on `{ckpt['config'].get('data') or 'unrecorded data'}`. These files are "
         "SoundingEarth weights only if that data is the SoundingEarth archive: towers trained on the generated demo "

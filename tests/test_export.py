@@ -111,6 +111,11 @@ def test_export_of_a_training_run_loads_with_plain_timm_in_a_fresh_interpreter(t
         assert card_metrics_section(_retrieval_result(), command) in card and "No run has measured" not in card
         assert card.index(METRICS_END) < card.index(report["source"]["sha256"])
 
+    # the image tower's input size is the run's (32 px here), so timm's data config resizes to what it learnt on
+    image_cfg = json.loads((folders["image"] / "config.json").read_text())["pretrained_cfg"]
+    assert image_cfg["input_size"] == [3, 32, 32]
+    assert json.loads((folders["audio"] / "config.json").read_text())["pretrained_cfg"]["input_size"] == [1, 128, 128]
+
     config = json.loads((folders["audio"] / "config.json").read_text())
     assert config["audio_frontend"] == ckpt["frontend"]
     with safe_open(folders["audio"] / WEIGHTS, framework="pt") as f:
