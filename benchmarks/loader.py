@@ -1,15 +1,21 @@
 """Training samples per second per CPU core: the raw archive against the prepared format.
 
-Both readers produce the same training sample (augmented 192 px image, random 128-frame log-mel window) from
-items of the real archive's sizes: 1024 px JPEG tiles and 3-minute 44.1 kHz stereo MP3s. One audio file is
-encoded and copied for every item (encoding is slow; decoding is what is measured). Each reader runs in this one
-process with one torch thread, and the rate is samples per second of this process's CPU time, so it is a
-per-core figure that other load on the machine does not distort (wall-clock rates are printed too).
+Both readers produce the same training sample (a 192 px image with the paper's augmentation, a random 128-frame
+log-mel window) from items of the real archive's sizes: 1024 px JPEG tiles and 3-minute 44.1 kHz stereo MP3s.
+One audio file is encoded and copied for every item (encoding is slow; decoding is what is measured). Each reader
+runs in this one process with one torch thread, and the rate is samples per second of this process's CPU time,
+so it is a per-core figure that other load on the machine does not distort (wall-clock rates are printed too).
 
-    python benchmarks/loader.py --items 8 --samples 200
+    python benchmarks/loader.py --items 8 --samples 300
 
-Also printed: the one-off cost of ``prepare`` per item, and the cost of the image augmentation alone (on a
-decoded 512 px crop), the floor of any reader that augments on the CPU.
+Two ways to train, both measured for both readers:
+
+- the trainer's (``defer_augment=True``): the loader decodes and draws the augmentation, the training device
+  applies it to the batch (``TrainAugment.apply``). On a GPU that is a few kernels per batch; these rows are what
+  a data-loader core must do per sample to feed it. The cost of ``apply`` on this CPU is printed below them.
+- the augmentation in the loader (the datasets' default, and what a CPU-only run without a separate device costs).
+
+Also printed: the one-off cost of ``prepare`` per item.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch
 from PIL import Image
 
 from soundingearth_zoo.archive import ArchiveDataset, split_of
-from soundingearth_zoo.augment import train_image_transform
+from soundingearth_zoo.augment import train_augment
 from soundingearth_zoo.demo_data import SCENES, render_image, synthesize_audio
 from soundingearth_zoo.prepare import PreparedDataset, PreparedStream, prepare_archive
 
@@ -66,6 +72,15 @@ def rate(samples, count: int) -> tuple[float, float]:
     return count / (time.process_time() - cpu), count / (time.perf_counter() - wall)
 
 
+def batch_rate(run, batch: int, repeats: int) -> tuple[float, float]:
+    """(images per CPU second, images per wall second) of ``repeats`` calls of ``run`` on a batch."""
+    run()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return batch * repeats / (time.process_time() - cpu), batch * repeats / (time.perf_counter() - wall)
+
+
 def cycle_map(dataset):
     while True:
         for i in torch.randperm(len(dataset)).tolist():
@@ -83,10 +98,11 @@ def cycle_stream(stream):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=8, help="distinct items (reused over the samples)")
-    parser.add_argument("--samples", type=int, default=200, help="samples timed per reader")
+    parser.add_argument("--samples", type=int, default=300, help="samples timed per reader")
     parser.add_argument("--tile", type=int, default=1024, help="tile side, px")
     parser.add_argument("--seconds", type=float, default=180.0, help="recording length")
     parser.add_argument("--sample-rate", type=int, default=44100)
+    parser.add_argument("--batch", type=int, default=16, help="batch of the augmentation's apply() on this CPU")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the generated files here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -108,33 +124,44 @@ def main() -> None:
         prepared = work / "prepared"
         stored_kb = sum(p.stat().st_size for p in (prepared / "shards").glob("*.tar")) / report["written"] / 1024
 
-        training = {
-            "raw archive (ArchiveDataset)": cycle_map(ArchiveDataset(archive, "train")),
-            "prepared, map-style (PreparedDataset)": cycle_map(PreparedDataset(prepared, "train")),
-            "prepared, streaming (PreparedStream)": cycle_stream(PreparedStream(prepared, "train", world_size=1)),
-        }
-        evaluation = {  # the same readers without the augmentation: what the storage format itself costs
-            "raw archive (ArchiveDataset)": cycle_map(ArchiveDataset(archive, "train", train=False)),
-            "prepared (PreparedDataset)": cycle_map(PreparedDataset(prepared, "train", train=False)),
+        readers = {
+            "raw archive (ArchiveDataset)": lambda **kw: cycle_map(ArchiveDataset(archive, "train", **kw)),
+            "prepared, map-style (PreparedDataset)": lambda **kw: cycle_map(PreparedDataset(prepared, "train", **kw)),
+            "prepared, streaming (PreparedStream)": lambda **kw: cycle_stream(
+                PreparedStream(prepared, "train", world_size=1, **kw)),
         }
         with Image.open(next((archive / "images").iterdir())) as tile:
             q = args.tile // 4
             crop = torch.from_numpy(np.array(tile)).permute(2, 0, 1)[:, q:-q, q:-q].contiguous()
-        transform = train_image_transform()
+        augment = train_augment()
+        batch = crop.expand(args.batch, -1, -1, -1).contiguous()
+        params = torch.stack([augment.draw(crop) for _ in range(args.batch)])
         tables = {
-            "training samples": {name: rate(samples, args.samples) for name, samples in training.items()},
-            "evaluation samples (no augmentation)": {
-                name: rate(samples, args.samples) for name, samples in evaluation.items()
+            "training samples, the trainer's way: loader decodes and draws, the device augments": {
+                name: rate(reader(defer_augment=True), args.samples) for name, reader in readers.items()
             },
-            "image augmentation alone": {
-                "on a decoded 512 px crop": rate((transform(crop) for _ in iter(int, 1)), args.samples)
+            "training samples, augmented in the loader": {
+                name: rate(reader(), args.samples) for name, reader in readers.items()
+            },
+            "evaluation samples (no augmentation)": {
+                "raw archive (ArchiveDataset)": rate(cycle_map(ArchiveDataset(archive, "train", train=False)),
+                                                     args.samples),
+                "prepared (PreparedDataset)": rate(cycle_map(PreparedDataset(prepared, "train", train=False)),
+                                                   args.samples),
+            },
+            "the augmentation alone, on a decoded 512 px crop, on this CPU": {
+                "one image (TrainAugment as a v2 transform)": rate((augment(crop) for _ in iter(int, 1)),
+                                                                   args.samples),
+                f"batch of {args.batch} (TrainAugment.apply), per image": batch_rate(
+                    lambda: augment.apply(batch, params), args.batch, max(args.samples // args.batch, 2)),
             },
         }
 
     print(f"prepare: {prepare_ms:.0f} ms CPU per item (once), {stored_kb:.0f} KB stored per item")
     for title, results in tables.items():
         baseline = next(iter(results.values()))[0]
-        print(f"\n{title:48s} {'samples/s/core':>15s} {'ms/sample':>10s} {'samples/s wall':>15s} {'vs first':>9s}")
+        print(f"\n{title}")
+        print(f"  {'':46s} {'samples/s/core':>15s} {'ms/sample':>10s} {'samples/s wall':>15s} {'vs first':>9s}")
         for name, (per_core, wall) in results.items():
             print(f"  {name:46s} {per_core:15.1f} {1000 / per_core:10.2f} {wall:15.1f} {per_core / baseline:8.1f}x")
     print(f"torch {torch.__version__}, 1 thread, {args.samples} samples per reader")

@@ -1,9 +1,10 @@
 """One full training step (both towers forward and backward, the loss, Adam) in fp32 against bf16 autocast with
 channels_last (and, with ``--compile``, torch.compile), in one run.
 
-The step is ``train.train_step``, the one training runs, on random inputs at the paper's sizes (192 px images,
-1x128x128 log-mel windows) and batch 256; ``--batch-size`` and ``--image-size``/``--audio-size`` make it fit a
-CPU. Prints samples per second of each setting, side by side, with the ratio, and the peak GPU memory on CUDA.
+The step is ``train.train_step``, the one training runs, on random inputs at the paper's sizes and batch 256: the
+stored 512 px uint8 crops with drawn augmentations, which the step augments on the device to 192 px as training
+does, and 1x128x128 log-mel windows. ``--batch-size`` and ``--image-size``/``--audio-size`` make it fit a CPU.
+Prints samples per second of each setting, side by side, with the ratio, and the peak GPU memory on CUDA.
 
     python benchmarks/train_step.py                          # GPU: batch 256 at the paper's sizes
     python benchmarks/train_step.py --batch-size 16 --steps 3 --warmup 1   # CPU
@@ -16,6 +17,7 @@ import time
 
 import torch
 
+from soundingearth_zoo.augment import IMAGE_SIZE, train_augment
 from soundingearth_zoo.losses import build_loss
 from soundingearth_zoo.train import TrainConfig, build_optimizer, build_towers, train_step
 
@@ -31,8 +33,12 @@ def measure(args: argparse.Namespace, device: torch.device, bf16: bool, channels
     optimizer = build_optimizer(cfg, towers)
     loss_fn = build_loss(cfg.objective)
     g = torch.Generator().manual_seed(0)
+    stored = round(args.image_size * 512 / IMAGE_SIZE)  # prepare's crop for the paper's 192 px inputs: 512 px
+    augment = train_augment(size=args.image_size)
+    images = torch.randint(0, 256, (args.batch_size, 3, stored, stored), dtype=torch.uint8, generator=g)
     batch = {
-        "image": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
+        "image": images.pin_memory() if device.type == "cuda" else images,
+        "augment": torch.stack([augment.draw(image) for image in images]),
         "audio": torch.randn(args.batch_size, 1, args.audio_size, args.audio_size, generator=g),
     }
     dtype = torch.bfloat16 if bf16 else None
@@ -42,7 +48,7 @@ def measure(args: argparse.Namespace, device: torch.device, bf16: bool, channels
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            loss = train_step(model, loss_fn, optimizer, batch, device, dtype, channels_last)
+            loss = train_step(model, loss_fn, optimizer, batch, device, dtype, channels_last, augment)
         float(loss)  # waits for the last step
         return time.perf_counter() - start
 

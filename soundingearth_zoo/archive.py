@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from .audio import FrontendConfig, LogMel, read_random_window, read_window
-from .augment import eval_image_transform, train_image_transform
+from .augment import TILE_FRACTION, CentralCrop, eval_image_transform, train_augment, train_image_transform
 from .errors import InputError
 from .images import load_image
 
@@ -125,6 +126,9 @@ class ArchiveDataset(Dataset):
     window. Items whose files are missing are dropped when the dataset is built, items that fail to decode are
     replaced by the next readable one; both are logged and listed in ``skipped`` (key -> reason; in this process:
     a DataLoader worker keeps its own).
+
+    ``defer_augment=True`` (training only): a sample holds the tile's central half as uint8 and its drawn
+    augmentation, as ``PreparedDataset``'s do (``self.augment.apply`` augments the batch).
     """
 
     def __init__(
@@ -134,11 +138,17 @@ class ArchiveDataset(Dataset):
         frontend: FrontendConfig | None = None,
         image_transform: Callable[[Any], torch.Tensor] | None = None,
         train: bool = True,
+        defer_augment: bool = False,
     ):
         self.frontend = frontend or FrontendConfig()
         self.logmel = LogMel(self.frontend)
         self.train = train
-        if image_transform is None:
+        self.augment = train_augment() if defer_augment and train else None
+        if self.augment is not None:
+            if image_transform is not None:
+                raise ValueError("defer_augment draws the paper's augmentation: it takes no image_transform")
+            image_transform = v2.Compose([v2.PILToTensor(), CentralCrop(TILE_FRACTION)])
+        elif image_transform is None:
             image_transform = (train_image_transform if train else eval_image_transform)(from_tile=True)
         self.image_transform = image_transform
         self.skipped: dict[int, str] = {}
@@ -161,11 +171,12 @@ class ArchiveDataset(Dataset):
     def load(self, item: ArchiveItem) -> dict[str, Any]:
         """One sample of ``item``; raises ``InputError`` if its files do not decode."""
         image = self.image_transform(load_image(item.image))
+        extra = {"augment": self.augment.draw(image)} if self.augment is not None else {}
         if self.train:
             spectrogram = read_random_window(item.audio, self.frontend, logmel=self.logmel)
         else:
             spectrogram = read_window(item.audio, self.frontend, 0, logmel=self.logmel)
-        return {"image": image, "audio": spectrogram, "key": item.key}
+        return {"image": image, **extra, "audio": spectrogram, "key": item.key}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self.items)):

@@ -8,29 +8,28 @@ resizes it to 192. The paper's text has a square crop of 192 to 384 px sides ins
 treatment as the real 1024 px ones.
 
 The transforms take the central half of the tile, which is what ``prepare`` stores, or the whole tile with
-``from_tile=True``. The blur is a 3 px Gaussian (the reference's is a 3 px box). Two transforms are written here,
-as v2 transforms, because the stock ones alone cost more than a whole training sample may (200 samples/s per
-core leave 5 ms):
+``from_tile=True``. The blur is a 3 px Gaussian (the reference's is a 3 px box).
 
-- ``RandomRotateDistort``: albumentations' ``GridDistortion`` stretches each of a few grid cells per axis by a
-  random factor, a smooth, separable warp. ``v2.ElasticTransform`` is torchvision's nearest transform, but its
-  field is per-pixel noise smoothed by a Gaussian, so a field as smooth as five cells needs a blur kernel of
-  about a third of the image, which its dense 2-D convolution makes 100+ ms at 192 px. Here the grid-distortion
-  field is drawn directly and composed with the rotation into one sampling grid, applied in one ``grid_sample``
-  with reflected borders (as the reference's rotation had).
-- ``RandomHSV``: ``v2.ColorJitter``'s hue step converts to HSV and back (about 5 ms at 192 px); a hue rotation
-  and a saturation scale about the grey axis of YIQ space, with a value scale, are one 3x3 colour matrix
-  (the approach of NVIDIA DALI's ``hsv`` operator).
+``TrainAugment`` is written here rather than composed of stock v2 transforms, because those cost more per sample
+than a data loader core may spend (16 cores must feed one GPU) and run only on the CPU:
+
+- albumentations' ``GridDistortion`` stretches each of a few grid cells per axis by a random factor, a smooth,
+  separable warp. ``v2.ElasticTransform`` is torchvision's nearest transform, but its field is per-pixel noise
+  smoothed by a Gaussian, so a field as smooth as five cells needs a blur kernel of about a third of the image,
+  which its dense 2-D convolution makes 100+ ms at 192 px. Here the distortion is drawn directly and composed with
+  the crop and the rotation into one sampling grid.
+- ``v2.ColorJitter``'s hue step converts to HSV and back (about 5 ms at 192 px); here the shift is a 3x3 matrix.
+- The parameters are drawn per sample in the data loader and applied to a whole batch, on the training GPU when
+  there is one: the loader then only decodes and draws (``PreparedDataset(defer_augment=True)``, which the trainer
+  uses).
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -39,9 +38,9 @@ __all__ = [
     "IMAGE_SIZE",
     "TILE_FRACTION",
     "CentralCrop",
-    "RandomHSV",
-    "RandomRotateDistort",
+    "TrainAugment",
     "eval_image_transform",
+    "train_augment",
     "train_image_transform",
 ]
 
@@ -72,127 +71,183 @@ class CentralCrop(v2.Transform):
         return F.center_crop(inpt, params["output_size"])
 
 
-@functools.lru_cache(maxsize=8)
-def _pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x and y of the pixel centres in ``grid_sample``'s normalised coordinates. Cached: never modify them."""
-    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width)
-    return xs, torch.linspace(-1 + 1 / height, 1 - 1 / height, height)
-
-
-def _float_image(inpt: Any, name: str) -> torch.Tensor:
-    if not (isinstance(inpt, torch.Tensor) and inpt.is_floating_point()):
-        raise TypeError(f"{name} takes float image tensors; put v2.ToDtype(torch.float32, scale=True) before it")
-    return inpt.as_subclass(torch.Tensor)
-
-
-def _like(out: torch.Tensor, inpt: Any) -> Any:
-    return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
-
-
-class RandomRotateDistort(v2.Transform):
-    """Rotation by a uniform angle in ``[-degrees, degrees]``, then (with probability ``distort_p``) grid
-    distortion with ``num_steps`` cells per axis, each stretched by a factor in ``1 +- distort_limit``
-    (albumentations' ``GridDistortion`` defaults), in one ``grid_sample`` with reflected borders."""
-
-    def __init__(
-        self,
-        degrees: float = 180.0,
-        distort_limit: float = 0.3,
-        num_steps: int = 5,
-        distort_p: float = 0.5,
-        mode: str = "bilinear",
-    ):
-        super().__init__()
-        self.degrees = degrees
-        self.distort_limit = distort_limit
-        self.num_steps = num_steps
-        self.distort_p = distort_p
-        self.mode = mode
-
-    def _distorted_axis(self, n: int) -> torch.Tensor:
-        """Where the ``n`` pixel centres of one axis sample from: a monotone piecewise-linear stretch."""
-        stretch = 1 + torch.empty(self.num_steps).uniform_(-self.distort_limit, self.distort_limit)
-        knots = torch.cat([torch.zeros(1), stretch.cumsum(0)])
-        knots = 2 * knots / knots[-1] - 1
-        axis = torch.nn.functional.interpolate(knots.view(1, 1, -1), size=n, mode="linear", align_corners=True)
-        return axis.view(-1) * (1 - 1 / n)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = v2.query_size(flat_inputs)
-        xs, ys = _pixel_centres(height, width)
-        if float(torch.rand(())) < self.distort_p:
-            xs, ys = self._distorted_axis(width), self._distorted_axis(height)
-        angle = math.radians(float(torch.empty(()).uniform_(-self.degrees, self.degrees)))
-        cos, sin = math.cos(angle), math.sin(angle)
-        # Rotate in half-pixel units, so that the aspect is kept: grid[i, j] = x_j * rx + y_i * ry.
-        rx = torch.tensor([cos, sin * width / height])
-        ry = torch.tensor([-sin * height / width, cos])
-        grid = xs.view(1, -1, 1) * rx + ys.view(-1, 1, 1) * ry
-        return {"grid": grid.unsqueeze(0)}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        image = _float_image(inpt, type(self).__name__)
-        batch = image.reshape(-1, *image.shape[-3:])
-        grid = params["grid"].expand(batch.shape[0], -1, -1, -1)
-        out = torch.nn.functional.grid_sample(batch, grid, self.mode, padding_mode="reflection", align_corners=False)
-        return _like(out.reshape(image.shape), inpt)
-
+# One sample's augmentation, drawn in the data loader, as a float32 vector (so that a batch of them collates):
+_BOX = slice(0, 4)  # the crop: top, left, height, width in input pixels
+_TURN = slice(4, 6)  # cosine and sine of the rotation
+_BLUR = 6  # weight of each side tap of the 3-tap Gaussian (0: no blur)
+_COLOUR = slice(7, 16)  # 3x3 colour matrix of the hue/saturation/value shift, row-major (identity: none)
+_STRETCH = 16  # then the grid distortion's stretch of each cell, along x then y (all 1: none)
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
-class RandomHSV(v2.Transform):
-    """With probability ``p``: hue rotated by up to ``hue`` of a turn, saturation and value scaled by up to
-    ``1 +- saturation`` and ``1 +- value``, as one colour matrix; float images in [0, 1], clamped after.
+def _reflect(coords: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates within [-3, 3] mirrored into [-1, 1] at the image's edges, in place (as
+    ``grid_sample``'s reflection padding with ``align_corners=False``): ``2 clamp(x, -1, 1) - x``."""
+    return torch.sub(coords.clamp(-1, 1).mul_(2), coords, out=coords)
 
-    The defaults approximate albumentations' ``HueSaturationValue`` of the reference (hue +-20 of 180, saturation
-    +-30 and value +-20 of 255, p=0.5)."""
 
-    def __init__(self, hue: float = 0.1, saturation: float = 0.3, value: float = 0.2, p: float = 0.5):
+class TrainAugment(v2.Transform):
+    """The paper's training augmentation: ``RandomResizedCrop`` to ``size`` (``scale``, ``ratio``), a rotation by
+    up to ``degrees`` with reflected borders, with probability ``distort_p`` a grid distortion of ``num_steps``
+    cells per axis each stretched by ``1 +- distort_limit`` (albumentations' ``GridDistortion``), with
+    probability ``blur_p`` a 3x3 Gaussian blur of ``sigma`` in ``blur_sigma`` (``v2.GaussianBlur``'s kernel),
+    with probability ``hsv_p`` a hue/saturation/value shift of up to ``hsv`` (hue in turns), ImageNet
+    normalisation. uint8 or float [0, 1] images in, normalised float ``[3, size, size]`` out.
+
+    Two steps, so that the data loader only decodes: ``draw(image)`` takes one sample's parameters from torch's
+    global RNG (a float vector that collates), ``apply(images, params)`` transforms a batch of equal-size images
+    on any device, the training GPU included. Called as a v2 transform it does both on one image.
+
+    The crop, the rotation and the distortion are one sampling grid, applied in one ``grid_sample``: one
+    interpolation instead of two, the rotation's reflection at the crop's border as in the reference. Like the
+    reference's OpenCV linear resize, it does not filter before it subsamples.
+    """
+
+    def __init__(
+        self,
+        size: int = IMAGE_SIZE,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        degrees: float = 180.0,
+        distort_limit: float = 0.3,
+        num_steps: int = 5,
+        distort_p: float = 0.5,
+        blur_sigma: tuple[float, float] = (0.1, 1.0),
+        blur_p: float = 0.5,
+        hsv: tuple[float, float, float] = (0.1, 0.3, 0.2),
+        hsv_p: float = 0.5,
+    ):
         super().__init__()
-        self.hue, self.saturation, self.value, self.p = hue, saturation, value, p
+        self.crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio)
+        self.size = size
+        self.degrees, self.distort_limit, self.num_steps, self.distort_p = degrees, distort_limit, num_steps, distort_p
+        self.blur_sigma, self.blur_p = blur_sigma, blur_p
+        self.hsv, self.hsv_p = hsv, hsv_p
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1), persistent=False)
 
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        if float(torch.rand(())) >= self.p:
-            return {"matrix": None}
-        turn, sat, val = (torch.empty(()).uniform_(-r, r).item() for r in (self.hue, self.saturation, self.value))
+    # -------------------------------------------------------------------------------- drawing (data loader)
+    def draw(self, image: Any) -> torch.Tensor:
+        """One sample's parameters for ``image`` (a tensor or PIL image; only its size is read)."""
+        params = torch.empty(_STRETCH + 2 * self.num_steps)
+        box = self.crop.make_params([image])
+        params[_BOX] = torch.tensor([box["top"], box["left"], box["height"], box["width"]], dtype=torch.float32)
+        angle = math.radians(float(torch.empty(()).uniform_(-self.degrees, self.degrees)))
+        params[_TURN] = torch.tensor([math.cos(angle), math.sin(angle)])
+        if float(torch.rand(())) < self.blur_p:
+            side = math.exp(-0.5 / float(torch.empty(()).uniform_(*self.blur_sigma)) ** 2)
+            params[_BLUR] = side / (1 + 2 * side)
+        else:
+            params[_BLUR] = 0.0
+        params[_COLOUR] = self._colour_matrix().flatten()
+        stretch = params[_STRETCH:]
+        if float(torch.rand(())) < self.distort_p:
+            stretch.uniform_(1 - self.distort_limit, 1 + self.distort_limit)
+        else:
+            stretch.fill_(1.0)
+        return params
+
+    def _colour_matrix(self) -> torch.Tensor:
+        """A hue rotation and a saturation scale about the grey axis of YIQ space, with a value scale: one 3x3
+        matrix (the approach of NVIDIA DALI's ``hsv`` operator; ``v2.ColorJitter`` converts to HSV and back)."""
+        if float(torch.rand(())) >= self.hsv_p:
+            return torch.eye(3)
+        turn, sat, val = (float(torch.empty(()).uniform_(-r, r)) for r in self.hsv)
         cos, sin = math.cos(2 * math.pi * turn), math.sin(2 * math.pi * turn)
         chroma = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
         chroma[1:, 1:] *= 1 + sat
-        return {"matrix": (1 + val) * _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ}
+        return (1 + val) * _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ
+
+    # ------------------------------------------------------------------------------ applying (any device)
+    def _axes(self, stretch: torch.Tensor) -> torch.Tensor:
+        """``[B, size]`` source coordinates of the output's pixel centres along one axis, in the crop's
+        normalised coordinates: a monotone piecewise-linear stretch of ``num_steps`` cells (none if all are 1)."""
+        knots = torch.nn.functional.pad(stretch.cumsum(dim=1), (1, 0))
+        knots = 2 * knots / knots[:, -1:] - 1
+        axes = torch.nn.functional.interpolate(knots[:, None], size=self.size, mode="linear", align_corners=True)
+        return axes[:, 0] * (1 - 1 / self.size)
+
+    def grid(self, params: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``[B, size, size, 2]`` sampling grid of the crop, rotation and distortion, in the normalised
+        coordinates of the ``height`` x ``width`` input."""
+        steps = self.num_steps
+        xs = self._axes(params[:, _STRETCH:_STRETCH + steps])[:, None, :]  # [B, 1, size]
+        ys = self._axes(params[:, _STRETCH + steps:])[:, :, None]  # [B, size, 1]
+        cos, sin = (v.view(-1, 1, 1) for v in params[:, _TURN].unbind(1))
+        top, left, crop_h, crop_w = (v.view(-1, 1, 1) for v in params[:, _BOX].unbind(1))
+        grid = torch.empty(len(params), self.size, self.size, 2, device=params.device)
+        # Rotated in the square output, mirrored at the crop's border (|coordinate| <= sqrt(2) here) and kept
+        # within its outer pixel centres, so that no pixel outside the crop is read (as grid_sample's reflection
+        # padding on the crop alone does), then mapped from the crop's normalised coordinates to the input's.
+        for axis, coords, side, start, extent in (
+            (0, xs * cos - ys * sin, width, left, crop_w),
+            (1, xs * sin + ys * cos, height, top, crop_h),
+        ):
+            inner = 1 - 1 / extent
+            coords = torch.clamp(_reflect(coords), -inner, inner)
+            torch.addcmul((2 * start + extent) / side - 1, coords, extent / side, out=grid[..., axis])
+        return grid
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Augment a batch ``[B, 3, H, W]`` (uint8, or float in [0, 1]) with its drawn ``params`` ``[B, P]``: the
+        images on the device that should do the work, the parameters as the loader made them (on the CPU, so
+        that reading the crops' extent does not wait for the device). Returns normalised float
+        ``[B, 3, size, size]``."""
+        params = params.float()
+        # Only the region that holds every crop of the batch is converted and sampled (one crop for one image).
+        first = params[:, _BOX][:, :2].amin(dim=0)
+        last = (params[:, _BOX][:, :2] + params[:, _BOX][:, 2:]).amax(dim=0)
+        (top, left), (bottom, right) = first.int().tolist(), last.int().tolist()
+        region = images[..., top:bottom, left:right]
+        params = params.clone()
+        params[:, 0] -= top
+        params[:, 1] -= left
+        params = params.to(images.device)
+        grid = self.grid(params, bottom - top, right - left)
+        out = torch.nn.functional.grid_sample(region.float(), grid, "bilinear", "border", align_corners=False)
+        if not images.is_floating_point():
+            out = out.mul_(1 / torch.iinfo(images.dtype).max)
+        if params.device.type != "cpu" or (params[:, _BLUR] > 0).any():
+            side = params[:, _BLUR].view(-1, 1, 1, 1)
+            padded = torch.nn.functional.pad(out, (1, 1, 1, 1), mode="reflect")  # the blur as two 3-tap passes
+            rows = torch.addcmul(padded[..., 1:-1] * (1 - 2 * side), padded[..., :-2] + padded[..., 2:], side)
+            out = torch.addcmul(rows[..., 1:-1, :] * (1 - 2 * side), rows[..., :-2, :] + rows[..., 2:, :], side)
+        colour = params[:, _COLOUR].view(-1, 3, 3)
+        out = torch.bmm(colour, out.flatten(2)).view_as(out).clamp_(0, 1)
+        return out.sub_(self.mean.to(out.device)).div_(self.std.to(out.device))
+
+    # ---------------------------------------------------------------------------- v2 transform: one image
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"params": self.draw(flat_inputs[0])}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        matrix = params["matrix"]
-        if matrix is None:
-            return inpt
-        image = _float_image(inpt, type(self).__name__)
-        return _like(torch.einsum("ij,...jhw->...ihw", matrix.to(image), image).clamp_(0, 1), inpt)
+        image = F.to_image(inpt).as_subclass(torch.Tensor)  # a PIL image too
+        batch = image.reshape(-1, *image.shape[-3:])
+        out = self.apply(batch, params["params"].expand(len(batch), -1))
+        return out.reshape(*image.shape[:-3], *out.shape[-3:])
+
+
+def train_augment(mode: str = "code", size: int = IMAGE_SIZE) -> TrainAugment:
+    """The training augmentation of the central half of a tile. ``mode="code"``: the released code's
+    ``RandomResizedCrop`` (area 0.5 to 1.0 of the input, aspect 3/4 to 4/3); ``mode="paper"``: a square of
+    192/512 to 384/512 of the input's side (its area drawn uniformly, as ``RandomResizedCrop`` does)."""
+    if mode == "code":
+        return TrainAugment(size)
+    if mode == "paper":
+        low, high = PAPER_CROP_FRACTIONS
+        return TrainAugment(size, scale=(low**2, high**2), ratio=(1.0, 1.0))
+    raise ValueError(f"augmentation mode must be 'code' or 'paper', got {mode!r}")
 
 
 def train_image_transform(mode: str = "code", size: int = IMAGE_SIZE, from_tile: bool = False) -> v2.Compose:
-    """Training augmentation of a PIL image or uint8 tensor to a normalised float ``[3, size, size]``.
-
-    ``mode="code"``: the released code's ``RandomResizedCrop`` (area 0.5 to 1.0 of the input, aspect 3/4 to 4/3);
-    ``mode="paper"``: a square of 192/512 to 384/512 of the input's side (its area drawn uniformly, as
-    ``RandomResizedCrop`` does). The input is the central half of a tile, or the whole tile with ``from_tile=True``.
-    """
-    if mode == "code":
-        crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)
-    elif mode == "paper":
-        low, high = PAPER_CROP_FRACTIONS
-        crop = v2.RandomResizedCrop(size, scale=(low**2, high**2), ratio=(1.0, 1.0), antialias=True)
-    else:
-        raise ValueError(f"augmentation mode must be 'code' or 'paper', got {mode!r}")
+    """``train_augment(mode, size)`` of a PIL image or uint8 tensor, as one transform; the input is the central
+    half of a tile, or the whole tile with ``from_tile=True``."""
     return v2.Compose([
         v2.ToImage(),
         *([CentralCrop(TILE_FRACTION)] if from_tile else []),
-        crop,  # on uint8, the fast path, before anything else touches the full-size image
-        v2.ToDtype(torch.float32, scale=True),
-        RandomRotateDistort(),
-        v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5),
-        RandomHSV(),
-        v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        train_augment(mode, size),
         v2.ToPureTensor(),
     ])
 

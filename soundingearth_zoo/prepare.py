@@ -52,7 +52,7 @@ from torchvision.io import decode_jpeg
 from .archive import SPLITS, ArchiveItem, read_metadata
 from .atomic import atomic_path
 from .audio import FrontendConfig, LogMel, audio_info, frame_windows, load_audio, random_window, read_windows_at
-from .augment import IMAGE_SIZE, TILE_FRACTION, eval_image_transform, train_image_transform
+from .augment import IMAGE_SIZE, TILE_FRACTION, TrainAugment, eval_image_transform, train_augment
 from .errors import InputError
 from .images import load_image
 
@@ -304,12 +304,12 @@ def _decode_jpeg(data: bytes) -> torch.Tensor:
 class _Samples:
     """Stored bytes to a training or evaluation sample, the same for both readers."""
 
-    def __init__(self, frontend: FrontendConfig, train: bool, augment: str, image_size: int):
+    def __init__(self, frontend: FrontendConfig, train: bool, augment: str, image_size: int, defer_augment: bool):
         self.frontend = frontend
         self.train = train
-        self.image_transform: Callable = (
-            train_image_transform(augment, image_size) if train else eval_image_transform(image_size)
-        )
+        self.defer_augment = defer_augment and train
+        self.augment: TrainAugment | None = train_augment(augment, image_size) if train else None
+        self.image_transform: Callable = self.augment or eval_image_transform(image_size)
 
     def chunk(self, chunks: int, generator: torch.Generator | None) -> int:
         """The chunk of a stored spectrogram to take the window from: random (training) or the first."""
@@ -323,8 +323,10 @@ class _Samples:
         return frame_windows(chunk, self.frontend, max_windows=1)[0]
 
     def __call__(self, jpg: bytes, window: torch.Tensor, key: int) -> dict[str, Any]:
-        image = self.image_transform(_decode_jpeg(jpg))
-        return {"image": image, "audio": window.float(), "key": key}
+        image = _decode_jpeg(jpg)
+        if self.defer_augment:
+            return {"image": image, "augment": self.augment.draw(image), "audio": window.float(), "key": key}
+        return {"image": self.image_transform(image), "audio": window.float(), "key": key}
 
 
 class PreparedDataset(Dataset):
@@ -335,6 +337,10 @@ class PreparedDataset(Dataset):
     evaluation crop and the first window. Randomness comes from torch's global RNG, like torchvision's, so a
     trainer that seeds it per item gets the same sample in any process. Items are read by their byte offsets,
     one open file per shard and process.
+
+    ``defer_augment=True`` (training only): the loader only decodes and draws; a sample holds the stored uint8
+    image and its drawn augmentation (``augment``: ``[P]`` float), which ``self.augment.apply`` turns into the
+    augmented batch on the training device. The trainer reads the data this way.
     """
 
     def __init__(
@@ -344,10 +350,12 @@ class PreparedDataset(Dataset):
         train: bool = True,
         augment: str = "code",
         image_size: int = IMAGE_SIZE,
+        defer_augment: bool = False,
     ):
         self.root = os.fspath(root)
         self.frontend, records = _read_records(self.root, split)
-        self.samples = _Samples(self.frontend, train, augment, image_size)
+        self.samples = _Samples(self.frontend, train, augment, image_size, defer_augment)
+        self.augment = self.samples.augment
         self.items = [(record["tar"], item) for record in records for item in record["items"]]
         self.keys = [item["key"] for _, item in self.items]
         self._files: dict[str, IO[bytes]] = {}
@@ -388,7 +396,8 @@ class PreparedStream(IterableDataset):
     reads only the shards its range touches. Training shuffles within a buffer of ``shuffle_buffer`` items;
     the buffer and the audio windows draw from a generator seeded by ``(seed, epoch, rank, worker)``, the
     image augmentations from torch's global RNG (which DataLoader seeds per worker). Call ``set_epoch`` before
-    each epoch. ``rank`` and ``world_size`` default to torch.distributed's.
+    each epoch. ``rank`` and ``world_size`` default to torch.distributed's. ``defer_augment`` as in
+    ``PreparedDataset``.
     """
 
     def __init__(
@@ -402,12 +411,14 @@ class PreparedStream(IterableDataset):
         shuffle_buffer: int = 512,
         rank: int | None = None,
         world_size: int | None = None,
+        defer_augment: bool = False,
     ):
         from . import distributed
 
         self.root = os.fspath(root)
         self.frontend, records = _read_records(self.root, split)
-        self.samples = _Samples(self.frontend, train, augment, image_size)
+        self.samples = _Samples(self.frontend, train, augment, image_size, defer_augment)
+        self.augment = self.samples.augment
         self.shards = [(record["tar"], len(record["items"])) for record in records]
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.rank = distributed.rank() if rank is None else rank

@@ -40,10 +40,14 @@ from tqdm import tqdm
 
 from . import distributed
 from .audio import FrontendConfig
+from .augment import TrainAugment
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from .errors import InputError
 from .losses import build_loss
 from .models import AUDIO_MODEL, IMAGE_MODELS, OBJECTIVES
+
+if typing.TYPE_CHECKING:
+    from .prepare import PreparedDataset
 
 __all__ = [
     "PRESETS",
@@ -313,13 +317,21 @@ def train_step(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    augment: TrainAugment | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch of pairs; returns the (detached) loss of the global batch.
 
-    The towers run under autocast when ``autocast_dtype`` is given; the loss is always computed in float32.
+    A batch with drawn augmentations (``batch["augment"]``, from a dataset with ``defer_augment=True``) is
+    augmented here by ``augment``, on ``device``. The towers run under autocast when ``autocast_dtype`` is given;
+    the loss is always computed in float32.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    image = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
+    image = batch["image"].to(device, non_blocking=True)
+    if "augment" in batch:
+        if augment is None:
+            raise ValueError("the batch holds drawn augmentations: pass the dataset's augment to apply them")
+        image = augment.apply(image, batch["augment"])
+    image = image.contiguous(memory_format=memory_format)
     audio = batch["audio"].to(device, non_blocking=True, memory_format=memory_format)
     with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
         image_emb, audio_emb = model(image, audio)
@@ -444,14 +456,15 @@ class _Logs:
             self.tensorboard.close()
 
 
-def _open_datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, FrontendConfig]:
+def _open_datasets(cfg: TrainConfig, world_size: int) -> tuple[PreparedDataset, PreparedDataset, FrontendConfig]:
     """The prepared training split (augmented, one random window per clip), the evaluation split and the front end
     the spectrograms were computed with."""
     from .prepare import PreparedDataset
 
     if not cfg.data:
         raise InputError("no training data: set data=DIR, a folder written by `soundingearth-zoo prepare`")
-    train_set = PreparedDataset(cfg.data, "train", train=True, augment=cfg.augment, image_size=cfg.image_size)
+    train_set = PreparedDataset(cfg.data, "train", train=True, augment=cfg.augment, image_size=cfg.image_size,
+                                defer_augment=True)  # the loader decodes, the training device augments
     eval_set = PreparedDataset(cfg.data, cfg.eval_split, train=False, image_size=cfg.image_size)
     frontend = train_set.frontend
     if cfg.frontend and FrontendConfig.from_dict(cfg.frontend) != frontend:
@@ -526,7 +539,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, rank: int, worl
             pin_memory=device.type == "cuda",
         )
         for batch in loader:
-            loss_window[0] += train_step(model, loss_fn, optimizer, batch, device, autocast_dtype, cfg.channels_last)
+            loss_window[0] += train_step(model, loss_fn, optimizer, batch, device, autocast_dtype, cfg.channels_last,
+                                         train_set.augment)
             loss_window[1] += 1
             step += 1
             progress.update()

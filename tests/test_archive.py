@@ -8,6 +8,7 @@ from soundingearth_zoo.archive import ArchiveDataset, read_metadata, split_of
 from soundingearth_zoo.audio import FrontendConfig, LogMel, load_audio
 from soundingearth_zoo.demo_data import make_demo_archive
 from soundingearth_zoo.errors import InputError
+from soundingearth_zoo.images import load_image
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,22 @@ def test_sample_shapes_and_windows(archive):
     whole = LogMel(cfg)(load_audio(item.audio, cfg.sample_rate))  # eval = the first window of the whole clip
     torch.testing.assert_close(first["audio"][0], whole[:, : cfg.window_frames], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(evaluation[0]["image"], first["image"])  # no randomness when evaluating
+
+
+def test_deferred_augmentation_of_the_tile(archive):
+    """defer_augment: the tile's central half as uint8 and the drawn parameters, which apply() turns into what the
+    loader-side augmentation gives with the same random state."""
+    deferred = ArchiveDataset(archive, "val", defer_augment=True)
+    torch.manual_seed(2)
+    sample = deferred[0]
+    torch.manual_seed(2)
+    expected = ArchiveDataset(archive, "val")[0]["image"]
+    tile = load_image(deferred.items[0].image)
+    assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, tile.height // 2, tile.width // 2)
+    out = deferred.augment.apply(sample["image"][None], sample["augment"][None])[0]
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="image_transform"):
+        ArchiveDataset(archive, "val", defer_augment=True, image_transform=lambda image: image)
 
 
 def test_dataset_fails_clearly_when_nothing_is_readable(tmp_path):

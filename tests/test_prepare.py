@@ -107,6 +107,24 @@ def test_prepared_dataset_samples(archive, prepared, split):
     assert batch["image"].shape == (2, 3, 32, 32) and batch["key"].tolist() == dataset.keys[:2]
 
 
+def test_deferred_augmentation_is_the_loaders_applied_later(prepared):
+    """defer_augment: the loader returns the stored uint8 crop and the drawn parameters; applying them to the
+    collated batch gives what the loader-side augmentation gives with the same random state."""
+    out, _ = prepared
+    deferred = PreparedDataset(out, "train", image_size=16, defer_augment=True)
+    direct = PreparedDataset(out, "train", image_size=16)
+    torch.manual_seed(5)
+    samples = [deferred[i] for i in range(3)]
+    torch.manual_seed(5)
+    expected = torch.stack([direct[i]["image"] for i in range(3)])
+    batch = torch.utils.data.default_collate(samples)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape[-2:] == (24, 24)
+    torch.testing.assert_close(deferred.augment.apply(batch["image"], batch["augment"]), expected, atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(batch["audio"], torch.stack([s["audio"] for s in samples]))
+    assert PreparedDataset(out, "train", train=False, defer_augment=True)[0]["image"].dtype == torch.float32
+
+
 def test_evaluation_window_is_the_start_of_the_clip(archive, prepared):
     out, _ = prepared
     cfg = FrontendConfig()
