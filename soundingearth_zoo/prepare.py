@@ -20,8 +20,9 @@ Items are assigned to shards by split and key, so the plan is the same on every 
 parallel (``workers`` processes), each written atomically, and a second run reuses every finished shard.
 
 Two readers: ``PreparedDataset`` is map-style (random access by the recorded offsets; the trainer's sampler
-splits the items over ranks and resumes exactly), ``PreparedStream`` reads whole shards in sequence, split over
-ranks and loader workers, and shuffles in a buffer (for object storage, where one request per item is slow).
+splits the items over ranks and resumes exactly), ``PreparedStream`` reads shards in sequence, each front to back
+in one open file, split over ranks and loader workers, and shuffles in a buffer (for object storage, where a
+request per item is slow: a buffered remote file serves forward reads from the block it has fetched).
 Both take the folder as a local path or an fsspec URL (``s3://bucket/prepared`` with s3fs installed, ...);
 ``prepare`` writes to local disk, one run per folder at a time.
 """
@@ -301,6 +302,18 @@ def _decode_jpeg(data: bytes) -> torch.Tensor:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
+def _read_item(f: IO[bytes], item: dict[str, Any], chunk: int) -> tuple[bytes, np.ndarray]:
+    """The stored JPEG and spectrogram chunk ``chunk`` (``[n_mels, frames]`` float16) of an item of the open shard
+    ``f``, read by the offsets its record gives, front to back: only these bytes are read."""
+    chunks, n_mels, frames = item["shape"]
+    chunk_bytes = n_mels * frames * np.dtype(np.float16).itemsize
+    (jpg_offset, jpg_size), (npy_offset, npy_size) = item["jpg"], item["npy"]
+    f.seek(jpg_offset)
+    jpg = f.read(jpg_size)
+    f.seek(npy_offset + npy_size - (chunks - chunk) * chunk_bytes)  # the .npy file ends with the array's bytes
+    return jpg, np.frombuffer(bytearray(f.read(chunk_bytes)), np.float16).reshape(n_mels, frames)
+
+
 class _Samples:
     """Stored bytes to a training or evaluation sample, the same for both readers."""
 
@@ -364,31 +377,26 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read(self, tar: str, offset: int, size: int) -> bytes:
+    def _file(self, tar: str) -> IO[bytes]:
         if self._pid != os.getpid():  # a forked loader worker: never share the parent's file positions
             self._files, self._pid = {}, os.getpid()
         if tar not in self._files:
             self._files[tar] = _open(_join(self.root, SHARD_DIR, tar))
-        f = self._files[tar]
-        f.seek(offset)
-        return f.read(size)
+        return self._files[tar]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         tar, item = self.items[index]
-        chunks, n_mels, frames = item["shape"]
-        chunk_bytes = n_mels * frames * np.dtype(np.float16).itemsize
-        offset, size = item["npy"]  # the .npy file ends with the array's bytes: read one chunk of them
-        start = offset + size - (chunks - self.samples.chunk(chunks, None)) * chunk_bytes
-        chunk = np.frombuffer(bytearray(self._read(tar, start, chunk_bytes)), np.float16).reshape(n_mels, frames)
-        return self.samples(self._read(tar, *item["jpg"]), self.samples.window(chunk, None), item["key"])
+        jpg, chunk = _read_item(self._file(tar), item, self.samples.chunk(item["shape"][0], None))
+        return self.samples(jpg, self.samples.window(chunk, None), item["key"])
 
 
 class PreparedStream(IterableDataset):
-    """Streaming reader of one split: whole shards read in sequence, for object storage where a request per item
-    is slow.
+    """Streaming reader of one split: shards read in sequence, each front to back in one open file (the JPEG and
+    the one spectrogram chunk drawn of each item, by the record's offsets), for object storage where a request
+    per item is slow.
 
     Each epoch the shards are put in an order that depends on ``(seed, epoch)`` only (training) or kept in key
     order (evaluation), and the items in that order are cut into one contiguous, disjoint range per rank (equal
@@ -419,7 +427,7 @@ class PreparedStream(IterableDataset):
         self.frontend, records = _read_records(self.root, split)
         self.samples = _Samples(self.frontend, train, augment, image_size, defer_augment)
         self.augment = self.samples.augment
-        self.shards = [(record["tar"], len(record["items"])) for record in records]
+        self.shards = [(record["tar"], record["items"]) for record in records]
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
@@ -431,7 +439,7 @@ class PreparedStream(IterableDataset):
         self.epoch = epoch
 
     def _rank_range(self) -> tuple[int, int]:
-        total = sum(count for _, count in self.shards)
+        total = sum(len(items) for _, items in self.shards)
         return _share(self.rank, self.world_size, total, equal=self.train)
 
     def __len__(self) -> int:
@@ -442,35 +450,25 @@ class PreparedStream(IterableDataset):
         seed = int(np.random.SeedSequence([self.seed, self.epoch, *parts]).generate_state(1, np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
-    def _ordered_shards(self) -> list[tuple[str, int]]:
+    def _ordered_shards(self) -> list[tuple[str, list[dict[str, Any]]]]:
         if not self.train:
             return self.shards
         order = torch.randperm(len(self.shards), generator=self._generator())
         return [self.shards[i] for i in order]
 
     def _read_range(self, start: int, stop: int, generator: torch.Generator) -> Iterator[tuple[bytes, Any, int]]:
-        """(jpg bytes, audio window, key) of the items ``[start, stop)`` of this epoch's order."""
+        """(jpg bytes, audio window, key) of the items ``[start, stop)`` of this epoch's order: each shard opened
+        once and read front to back, by the offsets of its record."""
         offset = 0
-        for tar_name, count in self._ordered_shards():
-            first, last = max(start - offset, 0), min(stop - offset, count)
-            offset += count
+        for tar_name, items in self._ordered_shards():
+            first, last = max(start - offset, 0), min(stop - offset, len(items))
+            offset += len(items)
             if first >= last:
                 continue
-            with _open(_join(self.root, SHARD_DIR, tar_name)) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                position, files = 0, {}
-                for member in tar:
-                    stem, _, ext = member.name.partition(".")
-                    if first <= position < last:
-                        files[ext] = tar.extractfile(member).read()
-                    if ext == "json":  # the last member of an item
-                        if first <= position:
-                            spec = np.load(io.BytesIO(files["npy"]))
-                            chunk = spec[self.samples.chunk(len(spec), generator)]
-                            window = self.samples.window(chunk, generator).clone()  # not a view of all chunks
-                            yield files["jpg"], window, int(stem)
-                        position, files = position + 1, {}
-                        if position >= last:
-                            break
+            with _open(_join(self.root, SHARD_DIR, tar_name)) as f:
+                for item in items[first:last]:
+                    jpg, chunk = _read_item(f, item, self.samples.chunk(item["shape"][0], generator))
+                    yield jpg, self.samples.window(chunk, generator).clone(), item["key"]  # not a view of the chunk
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

@@ -167,6 +167,16 @@ def test_stream_splits_items_over_ranks_and_workers(archive, prepared):
     assert sample["image"].shape == (3, 192, 192) and sample["audio"].shape == (1, 128, 128)
 
 
+def test_both_readers_read_the_same_item_bytes(prepared):
+    """Evaluation samples (no randomness) of every test item are the same from either reader."""
+    out, _ = prepared
+    stream = {s["key"]: s for s in PreparedStream(out, "test", train=False, rank=0, world_size=1, image_size=16)}
+    mapped = PreparedDataset(out, "test", train=False, image_size=16)
+    assert sorted(stream) == sorted(mapped.keys)
+    for i, key in enumerate(mapped.keys):
+        torch.testing.assert_close(stream[key], mapped[i])
+
+
 def test_readers_accept_fsspec_urls(prepared):
     out, _ = prepared
     url = out.resolve().as_uri()
