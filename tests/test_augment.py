@@ -194,3 +194,14 @@ def test_paper_crop_sides():
         assert height == width
         sides.append(height)
     assert 192 <= min(sides) and max(sides) <= 384 and max(sides) - min(sides) > 100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the trainer's device)")
+def test_apply_on_the_gpu_equals_the_cpu():
+    augment = TrainAugment(48)
+    images = torch.randint(0, 256, (8, 3, 128, 128), dtype=torch.uint8)
+    torch.manual_seed(0)
+    params = torch.stack([augment.draw(image) for image in images])
+    on_gpu = augment.apply(images.cuda(), params)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), augment.apply(images, params), atol=1e-4, rtol=0)
