@@ -15,7 +15,8 @@ Two ways to train, both measured for both readers:
   a data-loader core must do per sample to feed it. The cost of ``apply`` on this CPU is printed below them.
 - the augmentation in the loader (the datasets' default, and what a CPU-only run without a separate device costs).
 
-Also printed: the one-off cost of ``prepare`` per item.
+Also printed: the one-off cost of ``prepare`` per item, and the parts of a prepared sample's image: the decode of
+the stored JPEG and the augmentation on this CPU (per image, alone and in a batch).
 """
 from __future__ import annotations
 
@@ -30,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from PIL import Image
 
 from soundingearth_zoo.archive import ArchiveDataset, split_of
 from soundingearth_zoo.augment import train_augment
 from soundingearth_zoo.demo_data import SCENES, render_image, synthesize_audio
-from soundingearth_zoo.prepare import PreparedDataset, PreparedStream, prepare_archive
+from soundingearth_zoo.prepare import PreparedDataset, PreparedStream, _decode_jpeg, prepare_archive
 
 
 def make_archive(root: Path, items: int, tile: int, seconds: float, sample_rate: int) -> Path:
@@ -63,22 +63,19 @@ def make_archive(root: Path, items: int, tile: int, seconds: float, sample_rate:
     return root
 
 
-def rate(samples, count: int) -> tuple[float, float]:
-    """(samples per CPU second, samples per wall second) of drawing ``count`` samples from an iterator."""
+def rate(samples, count: int, per_draw: int = 1) -> tuple[float, float]:
+    """(samples per CPU second, samples per wall second) of drawing ``count`` times from an iterator that gives
+    ``per_draw`` samples a draw."""
     next(samples)  # warm-up: open files, build filter banks
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(count):
         next(samples)
-    return count / (time.process_time() - cpu), count / (time.perf_counter() - wall)
+    return count * per_draw / (time.process_time() - cpu), count * per_draw / (time.perf_counter() - wall)
 
 
-def batch_rate(run, batch: int, repeats: int) -> tuple[float, float]:
-    """(images per CPU second, images per wall second) of ``repeats`` calls of ``run`` on a batch."""
-    run()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return batch * repeats / (time.process_time() - cpu), batch * repeats / (time.perf_counter() - wall)
+def forever(call):
+    """An endless iterator of ``call()``."""
+    return iter(call, object())
 
 
 def cycle_map(dataset):
@@ -130,9 +127,11 @@ def main() -> None:
             "prepared, streaming (PreparedStream)": lambda **kw: cycle_stream(
                 PreparedStream(prepared, "train", world_size=1, **kw)),
         }
-        with Image.open(next((archive / "images").iterdir())) as tile:
-            q = args.tile // 4
-            crop = torch.from_numpy(np.array(tile)).permute(2, 0, 1)[:, q:-q, q:-q].contiguous()
+        tar, item = PreparedDataset(prepared, "train").items[0]
+        with open(prepared / "shards" / tar, "rb") as f:
+            f.seek(item["jpg"][0])
+            jpg = f.read(item["jpg"][1])
+        crop = _decode_jpeg(jpg)  # the stored central 512 px, as training decodes it
         augment = train_augment()
         batch = crop.expand(args.batch, -1, -1, -1).contiguous()
         params = torch.stack([augment.draw(crop) for _ in range(args.batch)])
@@ -149,11 +148,12 @@ def main() -> None:
                 "prepared (PreparedDataset)": rate(cycle_map(PreparedDataset(prepared, "train", train=False)),
                                                    args.samples),
             },
-            "the augmentation alone, on a decoded 512 px crop, on this CPU": {
-                "one image (TrainAugment as a v2 transform)": rate((augment(crop) for _ in iter(int, 1)),
-                                                                   args.samples),
-                f"batch of {args.batch} (TrainAugment.apply), per image": batch_rate(
-                    lambda: augment.apply(batch, params), args.batch, max(args.samples // args.batch, 2)),
+            "the parts of a prepared sample's image, on this CPU": {
+                "decode of the stored 512 px JPEG": rate(forever(lambda: _decode_jpeg(jpg)), args.samples),
+                "augmentation, one image (TrainAugment as a v2 transform)": rate(forever(lambda: augment(crop)),
+                                                                                 args.samples),
+                f"augmentation, batch of {args.batch} (TrainAugment.apply)": rate(
+                    forever(lambda: augment.apply(batch, params)), max(args.samples // args.batch, 2), args.batch),
             },
         }
 
@@ -161,9 +161,9 @@ def main() -> None:
     for title, results in tables.items():
         baseline = next(iter(results.values()))[0]
         print(f"\n{title}")
-        print(f"  {'':46s} {'samples/s/core':>15s} {'ms/sample':>10s} {'samples/s wall':>15s} {'vs first':>9s}")
+        print(f"  {'':56s} {'samples/s/core':>15s} {'ms/sample':>10s} {'samples/s wall':>15s} {'vs first':>9s}")
         for name, (per_core, wall) in results.items():
-            print(f"  {name:46s} {per_core:15.1f} {1000 / per_core:10.2f} {wall:15.1f} {per_core / baseline:8.1f}x")
+            print(f"  {name:56s} {per_core:15.1f} {1000 / per_core:10.2f} {wall:15.1f} {per_core / baseline:8.1f}x")
     print(f"torch {torch.__version__}, 1 thread, {args.samples} samples per reader")
 
 
